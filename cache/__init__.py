@@ -1,0 +1,1 @@
+"""Plugin cache, last-value and distinct-value caches, and their persistence."""

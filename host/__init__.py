@@ -1,0 +1,1 @@
+"""The server process: HTTP API, write path, WAL, storage, SQL and the plugin manager."""

@@ -1,0 +1,1 @@
+"""Plugin execution: worker processes, isolated subinterpreters, the plugin-side API, watchdogs."""

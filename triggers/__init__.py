@@ -1,0 +1,1 @@
+"""Trigger specifications and the dispatch of writes, schedules and requests to plugins."""
