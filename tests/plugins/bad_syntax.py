@@ -1,0 +1,3 @@
+x = 1
+def process_writes(influxdb3_local, table_batches, args=None)
+    pass

@@ -1,0 +1,2 @@
+def process_scheduled_call(influxdb3_local, call_time, args=None):
+    influxdb3_local.info("import.py ran", __name__)

@@ -1,0 +1,3 @@
+"""Fails while its module code runs."""
+import json
+raise RuntimeError("module level failure")

@@ -1,0 +1,5 @@
+from .helper import greeting
+
+
+def process_scheduled_call(influxdb3_local, call_time, args=None):
+    influxdb3_local.info(greeting(), __name__)
