@@ -290,7 +290,20 @@ def register(verbs: dict[str, argparse._SubParsersAction]) -> None:
     create_token.set_defaults(handler=_create_token)
 
 
-REGISTRARS: list[Registrar] = [register]
+def _register_triggers(verbs) -> None:
+    # imported late: triggers.cli imports host.cli's helpers, so a top-level import would be circular
+    from triggers.cli import register as register_triggers
+
+    register_triggers(verbs)
+
+
+def _register_caches(verbs) -> None:
+    from cache.cli import register as register_caches
+
+    register_caches(verbs)
+
+
+REGISTRARS: list[Registrar] = [register, _register_triggers, _register_caches]
 
 
 def build_parser(registrars: list[Registrar] | None = None) -> argparse.ArgumentParser:

@@ -29,6 +29,12 @@ from host.api import (
 from host.auth import AuthMiddleware, TokenStore
 from host.config import ServeConfig
 from host.database import LocalDatabase
+from host.plugin_manager import ProcessingEngine
+from cache.service import CacheService
+from cache.store import CacheStore
+from sandbox.runtime import PluginRuntime
+import host.api.caches
+import host.api.engine
 
 log = logging.getLogger("plughost")
 
@@ -38,17 +44,20 @@ _LOG_LEVELS = {"error": logging.ERROR, "warn": logging.WARNING, "info": logging.
 
 
 class Server:
-    """What one `plughost serve` process holds: its config, database, tokens and (later) engine.
+    """What one `plughost serve` process holds: config, database, tokens, caches and the processing engine.
 
-    Nothing here blocks until `start()`, which opens the database (WAL replay) and may create
-    the first admin token.
+    Nothing here blocks until `start()`, which opens the database (WAL replay), the cache
+    service, the plugin workers and the triggers, and may create the first admin token.
     """
 
     def __init__(self, config: ServeConfig):
         self.config = config
         self.database = LocalDatabase(config.data_dir, flush_interval=config.wal_flush_interval)
         self.auth: TokenStore | None = None if config.without_auth else TokenStore(config.data_dir)
-        self.engine = None  # the processing engine, wired in by the composition that has one
+        self.runtime = PluginRuntime(self.database, config.plugin_dir, config.data_dir / "plugin-run")
+        self.engine = ProcessingEngine(self.database, config.plugin_dir, config.data_dir, runtime=self.runtime)
+        self.cache_store: CacheStore | None = None
+        self.caches: CacheService | None = None
         self.version = _version()
         self.revision = _revision()
         self.build = BUILD
@@ -60,12 +69,43 @@ class Server:
         Returns that new token's plaintext (also written to `admin-token`), else None.
         Blocks for WAL replay. Raises whatever opening the database raises.
         """
+        # the database starts first so that rows replayed from the WAL never reach triggers or caches
         self.database.start()
+        self.cache_store = CacheStore.in_directory(self.config.data_dir)
+        self.caches = CacheService(self.database, self.cache_store)
+        self.runtime.start()
+        self.engine.start()
         return self.auth.ensure_admin_token() if self.auth is not None else None
 
     def close(self) -> None:
-        """Flush and close the database. Blocks until its final flush is durable."""
+        """Stop triggers and plugin workers, then flush and close the database and the caches.
+
+        Blocks until the database's final flush is durable; the caches see that flush before
+        they close.
+        """
+        self.engine.close()
+        self.runtime.close()
         self.database.close()
+        if self.caches is not None:
+            self.caches.close()
+            self.cache_store.close()
+
+    def delete_database(self, name: str) -> None:
+        """Delete a database with its files and its last-value and distinct-value caches.
+
+        Raises host.errors.NotFound if there is no such database.
+        """
+        self.database.delete_database(name)
+        self.caches.drop_database(name)
+
+    def delete_table(self, database: str, table: str) -> None:
+        """Delete a table with its files and its caches. Raises host.errors.NotFound."""
+        self.database.delete_table(database, table)
+        self.caches.drop_table(database, table)
+
+    def extra_routes(self) -> list[BaseRoute]:
+        """The routes of the processing engine and the cache service."""
+        return [*host.api.engine.routes(self.engine), *host.api.caches.routes(self.caches)]
 
 
 def create_app(server: Server, extra_routes: Sequence[BaseRoute] = ()) -> Starlette:
@@ -108,8 +148,9 @@ def serve(config: ServeConfig) -> int:
     try:
         new_admin_token = server.start()
     except Exception:
-        log.exception("cannot open the database in %s", config.data_dir)
+        log.exception("cannot start the server on %s", config.data_dir)
         listener.close()
+        server.close()
         return 1
     try:
         if new_admin_token is not None:
@@ -119,7 +160,7 @@ def serve(config: ServeConfig) -> int:
         log.info("plughost %s serving on http://%s:%d (data: %s, plugins: %s, %s)",
                  server.version, url_host, port, config.data_dir, config.plugin_dir, _auth_summary(server))
         uvicorn_server = _Uvicorn(uvicorn.Config(
-            create_app(server), log_config=None, access_log=config.log_level == "debug", lifespan="on",
+            create_app(server, server.extra_routes()), log_config=None, access_log=config.log_level == "debug", lifespan="on",
             timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_SECONDS, server_header=False,
         ))
         uvicorn_server.run(sockets=[listener])

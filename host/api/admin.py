@@ -53,7 +53,7 @@ async def configure_database(request: Request) -> Response:
         validate_db_name(create.db)
         await _admin(request, db.create_database, create.db)
     else:
-        await _admin(request, db.delete_database, require(request.query_params, "db"))
+        await _admin(request, server_of(request).delete_database, require(request.query_params, "db"))
     return Response(status_code=200)
 
 
@@ -67,7 +67,7 @@ async def configure_table(request: Request) -> Response:
         await _admin(request, db.create_table, create.db, create.table, create.tags, fields)
     else:
         params = request.query_params
-        await _admin(request, db.delete_table, require(params, "db"), require(params, "table"))
+        await _admin(request, server_of(request).delete_table, require(params, "db"), require(params, "table"))
     return Response(status_code=200)
 
 
