@@ -36,6 +36,7 @@ class ServeConfig(msgspec.Struct, frozen=True, kw_only=True):
     without_auth: bool
     log_level: str
     max_http_request_size: int  # bytes
+    flight_bind: tuple[str, int] | None = None  # None: Flight shares the HTTP port (host.frontdoor)
 
     @property
     def http_bind(self) -> str:
@@ -69,7 +70,7 @@ def parse_bind(text: str) -> tuple[str, int]:
     """`host:port` (IPv6 hosts in brackets) as (host, port). Port 0 asks for any free port."""
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"invalid --http-bind {text!r}: expected HOST:PORT, like 127.0.0.1:8181")
+        raise ValueError(f"invalid address {text!r}: expected HOST:PORT, like 127.0.0.1:8181")
     host = host.removeprefix("[").removesuffix("]") or "0.0.0.0"
     return host, int(port)
 
@@ -97,6 +98,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="HOST:PORT to listen on; port 0 picks a free one (env PLUGHOST_HTTP_BIND; default 127.0.0.1:8181)",
     )
     parser.add_argument(
+        "--flight-bind", default=_env("FLIGHT_BIND", ""),
+        help="HOST:PORT to serve Arrow Flight (gRPC) on a port of its own; by default Flight shares "
+        "the --http-bind port, as in InfluxDB 3 (env PLUGHOST_FLIGHT_BIND)",
+    )
+    parser.add_argument(
         "--wal-flush-interval", default=_env("WAL_FLUSH_INTERVAL", "1s"),
         help="how often written rows become queryable and reach plugins, e.g. 10ms, 1s "
         "(env PLUGHOST_WAL_FLUSH_INTERVAL; default 1s)",
@@ -118,7 +124,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> ServeConfig:
     """Validate parsed `serve` options. Raises ValueError naming the bad option."""
-    host, port = parse_bind(args.http_bind)
+    host, port = _option(parse_bind, "--http-bind", args.http_bind)
     return ServeConfig(
         data_dir=Path(args.data_dir).expanduser().resolve(),
         plugin_dir=Path(args.plugin_dir).expanduser().resolve(),
@@ -128,6 +134,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         without_auth=bool(args.without_auth),
         log_level=args.log_level,
         max_http_request_size=_option(parse_size, "--max-http-request-size", args.max_http_request_size),
+        flight_bind=_option(parse_bind, "--flight-bind", args.flight_bind) if args.flight_bind else None,
     )
 
 

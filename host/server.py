@@ -29,6 +29,8 @@ from host.api import (
 from host.auth import AuthMiddleware, TokenStore
 from host.config import ServeConfig
 from host.database import LocalDatabase
+from host.flight import FlightService
+from host.frontdoor import FrontDoor
 from host.plugin_manager import ProcessingEngine
 from cache.service import CacheService
 from cache.store import CacheStore
@@ -153,6 +155,13 @@ def serve(config: ServeConfig) -> int:
         server.close()
         return 1
     try:
+        flight = FlightService(server.database, server.auth, *(config.flight_bind or ("127.0.0.1", 0)))
+    except OSError as error:
+        log.error("cannot start: %s", error)
+        listener.close()
+        server.close()
+        return 1
+    try:
         if new_admin_token is not None:
             log.info("admin token written to %s", server.auth.admin_token_path)
         host, port = listener.getsockname()[:2]
@@ -163,8 +172,14 @@ def serve(config: ServeConfig) -> int:
             create_app(server, server.extra_routes()), log_config=None, access_log=config.log_level == "debug", lifespan="on",
             timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_SECONDS, server_header=False,
         ))
+        if config.flight_bind is None:
+            uvicorn_server.front_door = FrontDoor(listener, flight.address)
+            log.info("serving Arrow Flight on the same port (relayed to grpc://%s:%d)", *flight.address)
+        else:
+            log.info("serving Arrow Flight on grpc://%s:%d", *flight.address)
         uvicorn_server.run(sockets=[listener])
     finally:
+        flight.close()
         server.close()
     log.info("plughost stopped; data flushed to %s", config.data_dir)
     return 0
@@ -200,7 +215,17 @@ def _listen(host: str, port: int) -> socket.socket:
 
 
 class _Uvicorn(uvicorn.Server):
-    """uvicorn, except that a handled SIGINT/SIGTERM ends in a normal return (exit 0), not a re-raised signal."""
+    """uvicorn, except that a handled SIGINT/SIGTERM ends in a normal return (exit 0), not a re-raised signal,
+    and that with a `front_door` it listens through it (sharing the port with Flight)."""
+
+    front_door: FrontDoor | None = None
+
+    async def startup(self, sockets=None):
+        if self.front_door is None:
+            await super().startup(sockets)
+            return
+        await super().startup(sockets=[])
+        self.front_door.serve_uvicorn(self)
 
     @contextlib.contextmanager
     def capture_signals(self):
