@@ -151,7 +151,7 @@ class QueryableBuffer:
     once while persistence swaps batches for a file. Nothing here blocks on I/O.
     """
 
-    def __init__(self, files: Mapping[int, tuple[ParquetFile, ...]] = {}) -> None:
+    def __init__(self, files: Mapping[int, tuple[ParquetFile, ...]]) -> None:
         self._lock = threading.Lock()
         self._batches: dict[int, list[BufferedBatch]] = {}
         self._files: dict[int, tuple[ParquetFile, ...]] = dict(files)

@@ -51,6 +51,7 @@ from host.catalog import (
     ColumnDef,
     DatabaseSchema,
     check_database_name,
+    check_table_name,
     field_type,
 )
 from host.errors import InvalidName, NotFound, WriteError
@@ -514,6 +515,11 @@ def _check_columns(db: DatabaseSchema | None, additions: dict[str, list[ColumnDe
     """
     table_name, tag_names, field_names, codes = key
     table = db.tables.get(table_name) if db else None
+    if table is None:
+        try:
+            check_table_name(table_name)
+        except InvalidName as e:
+            return _brace(str(e))
     known = dict(table.types) if table else {TIME_COLUMN: TIME}
     staged = additions.get(table_name, [])
     known.update((c.name, c.type) for c in staged)

@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.dataset
+import pyarrow.dataset as ds
 from datafusion import DataFrame, Expr, SessionConfig, SessionContext, SQLOptions, udtf
 from datafusion.catalog import CatalogProvider, SchemaProvider, Table
 
@@ -87,7 +87,7 @@ class _Session:
         # Parts of tables (memory, files) live here, out of the query's sight.
         self._parts = SessionContext()
         self._part_names = (f"p{i}" for i in itertools.count())
-        self._built: dict[tuple, Table] = {}
+        self._built: dict[tuple, object] = {}
         config = (
             SessionConfig()
             .with_information_schema(True)
@@ -194,7 +194,7 @@ class _Session:
 
 def _described(schema: pa.Schema) -> Table:
     """An empty base table with `schema`, for information_schema after planning."""
-    return Table(pa.dataset.dataset([], schema=schema))
+    return Table(ds.dataset([], schema=schema))
 
 
 def _union(frames: list[DataFrame]) -> DataFrame:

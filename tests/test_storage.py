@@ -188,6 +188,14 @@ def test_time_is_not_a_column_name_a_line_can_use(db):
     assert "iox::column_type::timestamp" in result.errors[0].error_message
 
 
+def test_a_table_name_with_control_characters_rejects_the_line(db):
+    result = db.write_lp("d", f"bad\x01name v=1 {T0}\ngood v=1 {T0}")
+    assert result.lines_written == 1
+    assert [(e.line_number, e.error_message) for e in result.errors] == [
+        (1, "invalid table name 'bad\\x01name': must be non-empty printable text")
+    ]
+
+
 def test_parse_errors_are_listed_with_their_line_numbers(db):
     result = db.write_lp("d", f"m v=1 {T0}\nnot line protocol\nm v=2 {T0 + 1}\nm v= {T0}")
     assert result.lines_written == 2
