@@ -55,9 +55,10 @@ def escaped_body() -> str:
     )
 
 
-def multiline_body() -> str:
+def multiline_body(line_break: str = "\n") -> str:
     return "\n".join(
-        f'log,host=server{i % 100:02d} msg="traceback {i}:\n  line {i % 7}\n  error",code={i}i {T0 + i}'
+        f'log,host=server{i % 100:02d} msg="traceback {i}:{line_break}  line {i % 7}{line_break}  '
+        f'error",code={i}i {T0 + i}'
         for i in range(LINES)
     )
 
@@ -87,7 +88,7 @@ def main() -> None:
         ("metrics", metrics_body, metrics_body),
         ("strings", strings_body, strings_body),
         ("escaped", escaped_body, escaped_body),
-        ("multiline", multiline_body, lambda: multiline_body().replace("\\n", " ")),
+        ("multiline", multiline_body, lambda: multiline_body(line_break=" ")),
     )
     for name, make, make_for_baseline in workloads:
         body = make()

@@ -181,7 +181,7 @@ def _parse_simple_line(raw, line_number, series_cache):
     distinct], or to _NOT_SIMPLE.
     """
     if len(raw) > _ELEMENT_CHARS_ALWAYS_SHORT:
-        return None
+        return None  # a shorter line cannot hold a name or string over 64 KiB, so none is checked
     match = _SIMPLE_LINE(raw)
     if match is None:
         return None
