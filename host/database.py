@@ -2,7 +2,8 @@
 
 `LocalDatabase` implements `host.interface.Database`. A write travels like this:
 
-1. `write_lp` parses the body and validates every line against a catalog snapshot, grouping
+1. `write_lp` parses the body (`host.lp_columnar`: Arrow kernels for the common lines,
+   `host.lineprotocol` for the rest) and validates every line against a catalog snapshot, grouping
    rows by table and column names (`RowGroup`). New databases, tables and columns are added
    to the catalog, durably, before anything reaches the WAL, so the WAL never holds a row
    for a column the catalog does not know.
@@ -29,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from pathlib import Path
 
 import pyarrow as pa
@@ -56,7 +57,8 @@ from host.catalog import (
 )
 from host.errors import InvalidName, NotFound, WriteError
 from host.interface import FlushedTable, FlushListener, LineError, WalFlush, WriteResult
-from host.lineprotocol import normalize_precision, parse, to_nanoseconds
+from host.lineprotocol import normalize_precision, to_nanoseconds
+from host.lp_columnar import FastGroup, parse_body, scale_timestamps
 from host.persist import Persister, database_directory, remove_directory, remove_orphans, table_directory
 from host.sql import QueryEngine, SystemTableProvider, TableFunctionProvider
 from host.wal import Wal
@@ -82,6 +84,7 @@ _REPLAY_FLUSH_BYTES = 64 * 1024 * 1024
 
 _key = itemgetter(0)
 _value = itemgetter(1)
+_line_number = attrgetter("line_number")
 
 
 class LocalDatabase:
@@ -208,7 +211,7 @@ class LocalDatabase:
             precision = normalize_precision(precision)
         except ValueError as e:
             raise WriteError(str(e)) from None
-        parsed, parse_errors = parse(lines)
+        parsed, parse_errors = parse_body(lines)
         errors = [LineError(e.original_line, e.line_number, e.message) for e in parse_errors]
         if errors and not accept_partial:
             raise _refusal(database, errors)
@@ -464,8 +467,9 @@ class _ValidatedWrite:
 def _validate(db: DatabaseSchema | None, lines, precision: str, now: int) -> _ValidatedWrite:
     """Check lines against `db` (None: a new database), group the good ones into rows.
 
-    Pure: reads the snapshot only. Columns the lines introduce are collected in `additions`
-    and count as existing for later lines of the same body, as in InfluxDB 3.
+    `lines` are Lines and FastGroups ordered by (first) line number. Pure: reads the snapshot
+    only. Columns the lines introduce are collected in `additions` and count as existing for
+    later lines of the same body, as in InfluxDB 3.
     """
     result = _ValidatedWrite(now)
     groups = result.groups
@@ -475,7 +479,16 @@ def _validate(db: DatabaseSchema | None, lines, precision: str, now: int) -> _Va
     tag_columns_get = tag_columns.get
     multiplier = _NANOSECONDS.get(precision, 1)
     auto = precision == "auto"
-    for measurement, tags, fields, timestamp, line_number, original in lines:
+    # A group's key is decided at its first line, so a FastGroup is checked where it starts;
+    # rows of a key fed by both kinds of item are put back in line order at the end.
+    line_numbers: dict[tuple, list[int]] = {}
+    fast_keys: set[tuple] = set()
+    mixed: set[tuple] = set()
+    for line in lines:
+        if type(line) is FastGroup:
+            _validate_group(db, result, line, precision, verdicts, line_numbers, fast_keys, mixed)
+            continue
+        measurement, tags, fields, timestamp, line_number, original = line
         split = tag_columns_get(tags)
         if split is None:
             split = tag_columns[tags] = (tuple(map(_key, tags)), tuple(map(_value, tags)))
@@ -502,10 +515,49 @@ def _validate(db: DatabaseSchema | None, lines, precision: str, now: int) -> _Va
                 result.errors.append(LineError(original, line_number, message))
                 continue
         rows.append((*split[1], *values, timestamp))
+        line_numbers.setdefault(key, []).append(line_number)
+        if key in fast_keys:
+            mixed.add(key)
+    for key in mixed:
+        order = sorted(range(len(line_numbers[key])), key=line_numbers[key].__getitem__)
+        rows = groups[key]
+        groups[key] = [rows[i] for i in order]
     for key in [k for k, rows in groups.items() if not rows]:
         del groups[key]
+    result.errors.sort(key=_line_number)  # a FastGroup reports all its lines at its first
     result.accepted = sum(map(len, groups.values()))
     return result
+
+
+def _validate_group(db, result, group: FastGroup, precision, verdicts, line_numbers, fast_keys, mixed) -> None:
+    """`_validate` for the lines of one FastGroup, as if they came one by one."""
+    key = group.key
+    rows = result.groups.get(key)
+    if rows is None:
+        if key not in verdicts:
+            verdicts[key] = _check_columns(db, result.additions, key)
+        problem = verdicts[key]
+        if problem is not None:
+            for original, line_number in zip(group.originals.to_pylist(), group.line_numbers):
+                result.errors.append(LineError(original, line_number, problem.format(line=line_number - 1)))
+            return
+        rows = result.groups[key] = []
+    elif rows:
+        mixed.add(key)
+    timestamps, out_of_range = scale_timestamps(group.timestamps, precision, result.now)
+    new_rows = list(zip(*group.columns, timestamps))
+    numbers = group.line_numbers
+    if out_of_range:
+        message = f"timestamp out of range for precision {precision}"
+        originals = group.originals
+        for position in out_of_range:
+            result.errors.append(LineError(originals[position].as_py(), numbers[position], message))
+        refused = set(out_of_range)
+        new_rows = [row for i, row in enumerate(new_rows) if i not in refused]
+        numbers = [n for i, n in enumerate(numbers) if i not in refused]
+    rows.extend(new_rows)
+    line_numbers.setdefault(key, []).extend(numbers)
+    fast_keys.add(key)
 
 
 def _check_columns(db: DatabaseSchema | None, additions: dict[str, list[ColumnDef]], key: tuple) -> str | None:
