@@ -26,11 +26,9 @@ from cache.distinct_value import DistinctValueCache
 from cache.last_value import LastValueCache
 from cache.service import CacheService
 from cache.store import CacheStore
+from benchmarks.query import BATCH_LINES, bodies, timed
 from host.database import LocalDatabase
 
-T0 = 1_704_067_200_000_000_000
-STEP = 10_000_000_000  # 10 s between points of a series
-BATCH_LINES = 10_000
 
 NEWEST_ROWS = "SELECT host, region, usage, load, time FROM {source}"
 BY_ROW_NUMBER = ("(SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY host, region ORDER BY time DESC) AS rn "
@@ -39,30 +37,6 @@ BY_LAST_VALUE = ("SELECT host, region, last_value(usage ORDER BY time) AS usage,
                  "max(time) AS time FROM cpu GROUP BY host, region")
 ONE_SERIES_CACHE = "SELECT usage, load, time FROM last_cache('cpu') WHERE host = 'host42'"
 ONE_SERIES_TABLE = "SELECT usage, load, time FROM cpu WHERE host = 'host42' ORDER BY time DESC LIMIT 1"
-
-
-def bodies(series: int, points: int):
-    """Line-protocol bodies of BATCH_LINES lines, point by point across all series."""
-    lines = []
-    for p in range(points):
-        for s in range(series):
-            lines.append(f"cpu,host=host{s},region=r{s % 10} usage={(s * 7 + p) % 100}.5,load={p % 13}i "
-                         f"{T0 + p * STEP + s}")
-            if len(lines) == BATCH_LINES:
-                yield "\n".join(lines)
-                lines = []
-    if lines:
-        yield "\n".join(lines)
-
-
-def timed(run, repeat: int) -> float:
-    run()  # warm up
-    samples = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        run()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
 
 
 def rows(db: LocalDatabase, sql: str) -> list[tuple]:
