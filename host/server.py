@@ -32,6 +32,7 @@ from host.database import LocalDatabase
 from host.flight import FlightService
 from host.frontdoor import FrontDoor
 from host.plugin_manager import ProcessingEngine
+from cache.plugin_persistence import PersistentPluginCache
 from cache.service import CacheService
 from cache.store import CacheStore
 from sandbox.runtime import PluginRuntime
@@ -56,7 +57,9 @@ class Server:
         self.config = config
         self.database = LocalDatabase(config.data_dir, flush_interval=config.wal_flush_interval)
         self.auth: TokenStore | None = None if config.without_auth else TokenStore(config.data_dir)
-        self.runtime = PluginRuntime(self.database, config.plugin_dir, config.data_dir / "plugin-run")
+        self.plugin_cache = PersistentPluginCache()
+        self.runtime = PluginRuntime(self.database, config.plugin_dir, config.data_dir / "plugin-run",
+                                     global_cache=self.plugin_cache)
         self.engine = ProcessingEngine(self.database, config.plugin_dir, config.data_dir, runtime=self.runtime)
         self.cache_store: CacheStore | None = None
         self.caches: CacheService | None = None
@@ -75,6 +78,7 @@ class Server:
         self.database.start()
         self.cache_store = CacheStore.in_directory(self.config.data_dir)
         self.caches = CacheService(self.database, self.cache_store)
+        self.plugin_cache.open(self.cache_store.plugin_cache)
         self.runtime.start()
         self.engine.start()
         return self.auth.ensure_admin_token() if self.auth is not None else None
@@ -88,6 +92,7 @@ class Server:
         self.engine.close()
         self.runtime.close()
         self.database.close()
+        self.plugin_cache.close()
         if self.caches is not None:
             self.caches.close()
             self.cache_store.close()

@@ -1,4 +1,4 @@
-"""The host end of plugins' callbacks: query, write_sync and the global cache, over a Unix socket.
+"""The host end of plugins' callbacks: query, write_sync and the plugin cache, over a Unix socket.
 
 Every trigger interpreter opens one connection (lazily, on its first call); each connection is
 served by its own daemon thread that calls the `Database` and the `GlobalCache` directly. No
@@ -10,6 +10,7 @@ paths. Requests are validated by `sandbox.protocol` Structs before anything is d
 from __future__ import annotations
 
 import logging
+import marshal
 import os
 import socket
 import threading
@@ -119,6 +120,9 @@ class PluginServices:
                 return protocol.ServiceReply(ok=True), b""
             case protocol.CacheDeleteCall(namespace=namespace, key=key):
                 return protocol.ServiceReply(ok=True, found=self.cache.delete(namespace, key)), b""
+            case protocol.CacheLoadCall(namespace=namespace):
+                entries = [tuple(entry) for entry in self.cache.load(namespace)]
+                return protocol.ServiceReply(ok=True, found=self.cache.persistent), marshal.dumps(entries)
 
     def _query(self, database: str, sql: str, params: dict[str, str] | None) -> tuple[protocol.ServiceReply, bytes]:
         try:

@@ -4,9 +4,17 @@ Behaviour follows InfluxDB 3's `PyPluginCallApi` (reference §2): logging joins 
 argument with spaces; `query` returns a list of dicts; `write`/`write_to_db` queue lines that
 the engine applies after the run; `write_sync`/`write_sync_to_db` write now through the host;
 `cache` keeps trigger-local values by reference and global values by value (pickled) on the host.
+
+Trigger-local values are also written through, pickled, to the host's store when the host
+persists (`persist_namespace`), and restored with their remaining ttl when this interpreter is
+next created. The persisted copy is the value as it was at put(): mutating the live object
+afterwards changes what this interpreter sees, not what a restart restores (put it again to
+persist the change). A value pickle refuses (a lock, socket, generator...) stays in memory only,
+and the run's log says so once per key.
 """
 
 import json
+import marshal
 import math
 import pickle
 import socket
@@ -18,6 +26,7 @@ from sandbox.guest import arrowlite, framing
 INTERNAL_DB = "_internal"
 _MAX_TTL = 18446744073709551615.0  # u64::MAX seconds, the largest Rust Duration InfluxDB 3 accepts
 _CACHE_SWEEP_INTERVAL = 10.0
+MAX_KEYS = 10_000  # keys per trigger-local cache; the host's cache.plugin_cache.MAX_KEYS, for the global one
 
 
 class QueryError(Exception):
@@ -103,19 +112,65 @@ def _expiry(ttl, default_ttl):
 class PluginCache:
     """`influxdb3_local.cache`: get/put/delete with optional ttl and use_global.
 
-    The trigger-local namespace holds live objects by reference inside this interpreter (gone
-    when the trigger's interpreter closes), unless `local_namespace` names a host namespace
-    (dry runs, which must share state across separate test runs). `use_global=True` values go
-    to the host's GlobalCache by value (pickled), so they must be picklable.
+    The trigger-local namespace holds live objects by reference inside this interpreter, unless
+    `local_namespace` names a host namespace (dry runs, which must share state across separate
+    test runs). With `persist_namespace`, the first local access restores what the host kept of
+    it, and, if the host persists, each local put/delete is written through (blocking until
+    committed). `use_global=True` values go to the host's cache by value (pickled), so they must
+    be picklable. A trigger-local cache holds at most MAX_KEYS keys.
     """
 
-    def __init__(self, services, local_namespace, global_namespace, default_ttl):
+    def __init__(self, services, local_namespace, global_namespace, default_ttl, persist_namespace=None):
         self._services = services
         self._local_namespace = local_namespace
         self._global_namespace = global_namespace
         self._default_ttl = default_ttl
+        self._persist_namespace = persist_namespace
         self._entries = {}
         self._last_sweep = time.time()
+        self._restored = persist_namespace is None
+        self._writes_through = False
+        self._persisted = set()  # keys the host's store holds a copy of
+        self._warned = set()  # keys whose unpicklable value was already reported
+        self._warn = None
+
+    def bind_log(self, warn):
+        """Report this cache's warnings through `warn` (the current run's log)."""
+        self._warn = warn
+
+    def _restore(self):
+        if self._restored:
+            return
+        reply, blob = self._services.call({"op": "cache_load", "namespace": self._persist_namespace})
+        self._restored = True
+        self._writes_through = bool(reply.get("found"))
+        for key, value, expires in marshal.loads(blob):
+            self._persisted.add(key)
+            if key in self._entries:
+                continue
+            try:
+                self._entries[key] = (pickle.loads(value), expires)
+            except Exception as e:
+                self._report(key, f"cache key {key!r}: its persisted value could not be restored ({type(e).__name__}: {e})")
+
+    def _report(self, key, text):
+        if key not in self._warned and self._warn is not None:
+            self._warned.add(key)
+            self._warn(text)
+
+    def _write_through(self, key, value, expires):
+        try:
+            blob = pickle.dumps(value)
+        except Exception as e:
+            self._report(key, f"cache key {key!r}: a {type(value).__name__} cannot be pickled ({e}); it is kept "
+                              "in memory only and will not survive a restart")
+            if key in self._persisted:
+                self._services.call({"op": "cache_delete", "namespace": self._persist_namespace, "key": key})
+                self._persisted.discard(key)
+            return
+        remaining = None if expires is None else max(expires - time.time(), 0.0)
+        self._services.call({"op": "cache_put", "namespace": self._persist_namespace, "key": key, "ttl": remaining}, blob)
+        self._persisted.add(key)
 
     def _host_namespace(self, use_global):
         if use_global is not None:
@@ -136,7 +191,17 @@ class PluginCache:
         namespace = self._host_namespace(use_global)
         expires = _expiry(ttl, self._default_ttl)
         if namespace is None:
+            self._restore()
+            if key not in self._entries and len(self._entries) >= MAX_KEYS:
+                now = time.time()
+                for stale in [k for k, (_, at) in self._entries.items() if at is not None and at <= now]:
+                    del self._entries[stale]
+                if len(self._entries) >= MAX_KEYS:
+                    raise ValueError(f"trigger cache is full: it holds the limit of {MAX_KEYS} keys "
+                                     f"(plugin cache MAX_KEYS); delete keys or give them a ttl")
             self._entries[key] = (value, expires)
+            if self._writes_through:
+                self._write_through(key, value, expires)
             return None
         try:
             blob = pickle.dumps(value)
@@ -150,6 +215,7 @@ class PluginCache:
         _require_str(key, "key")
         namespace = self._host_namespace(use_global)
         if namespace is None:
+            self._restore()
             entry = self._entries.get(key)
             if entry is None:
                 return default
@@ -165,7 +231,12 @@ class PluginCache:
         _require_str(key, "key")
         namespace = self._host_namespace(use_global)
         if namespace is None:
-            return self._entries.pop(key, None) is not None
+            self._restore()
+            found = self._entries.pop(key, None) is not None
+            if key in self._persisted:
+                self._persisted.discard(key)
+                self._services.call({"op": "cache_delete", "namespace": self._persist_namespace, "key": key})
+            return found
         reply, _ = self._services.call({"op": "cache_delete", "namespace": namespace, "key": key})
         return bool(reply.get("found"))
 
@@ -231,6 +302,7 @@ class InfluxDB3Local:
 
     @property
     def cache(self):
+        self._cache.bind_log(self.warn)
         self._cache.sweep()
         return self._cache
 
