@@ -125,7 +125,8 @@ def _pool_noop(rows):
 
 
 def in_worker_runner(plugin_path: Path, flush_layout, segment: memoryview):
-    """Drive the plugin side in a subinterpreter of this process; returns a no-arg call."""
+    """Drive the plugin side in a subinterpreter of this process; returns (a no-arg call, a
+    close call that ends the interpreter's threads and destroys it — 3.13.0 hangs at exit otherwise)."""
     import marshal
 
     from sandbox import protocol
@@ -139,7 +140,8 @@ def in_worker_runner(plugin_path: Path, flush_layout, segment: memoryview):
         cache_global_namespace="global", cache_default_ttl=None, services_path="/nonexistent",
     )
     interpreter = SubinterpreterHost()
-    interpreter.install(msgspec.json.encode(config), os.dup(reply_end.fileno()))
+    interrupt_read, interrupt_write = os.pipe()
+    interpreter.install(msgspec.json.encode(config), os.dup(reply_end.fileno()), interrupt_read)
     framing.receive(host_end)
     layout = marshal.dumps(msgspec.to_builtins(flush_layout))
     call = ("writes", None, None, 0, (), ())
@@ -148,7 +150,13 @@ def in_worker_runner(plugin_path: Path, flush_layout, segment: memoryview):
         interpreter.run(call, layout, segment)
         framing.receive(host_end)
 
-    return run
+    def close():
+        os.close(interrupt_write)
+        interpreter.shutdown(5.0)
+        host_end.close()
+        reply_end.close()
+
+    return run, close
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -174,8 +182,9 @@ def main(argv: list[str] | None = None) -> None:
         fd = os.dup(shared.fd_for(object()))
         segment = mmap.mmap(fd, shared.size, prot=mmap.PROT_READ)
         view = memoryview(segment).toreadonly()
-        run_in_worker = in_worker_runner(plugin_dir / "noop.py", shared.layout, view)
+        run_in_worker, close_in_worker = in_worker_runner(plugin_dir / "noop.py", shared.layout, view)
         results["plughost, in-worker part (exec into sub + plugin side)"] = timings(run_in_worker, calls, warmup)
+        close_in_worker()
         shared.release()
 
     engine = InfluxDB3StyleEngine(NOOP_PLUGIN, "noop.py")

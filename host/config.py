@@ -14,6 +14,8 @@ from pathlib import Path
 
 import msgspec
 
+from sandbox.limits import RunLimits
+
 LOG_LEVELS = ("error", "warn", "info", "debug")
 DEFAULT_MAX_HTTP_REQUEST_SIZE = 10 * 1024 * 1024  # InfluxDB 3's default, 10 MiB
 
@@ -37,6 +39,7 @@ class ServeConfig(msgspec.Struct, frozen=True, kw_only=True):
     log_level: str
     max_http_request_size: int  # bytes
     flight_bind: tuple[str, int] | None = None  # None: Flight shares the HTTP port (host.frontdoor)
+    plugin_limits: RunLimits = RunLimits()  # defaults for triggers that set no limits of their own
 
     @property
     def http_bind(self) -> str:
@@ -120,10 +123,16 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="largest request body accepted, before and after gzip decoding, e.g. 10485760 or 10MiB "
         "(env PLUGHOST_MAX_HTTP_REQUEST_SIZE; default 10 MiB)",
     )
+    # imported here: triggers.cli builds on host.cli, which imports this module
+    from triggers.cli import add_serve_limit_arguments
+
+    add_serve_limit_arguments(parser)
 
 
 def config_from_args(args: argparse.Namespace) -> ServeConfig:
     """Validate parsed `serve` options. Raises ValueError naming the bad option."""
+    from triggers.cli import serve_limits
+
     host, port = _option(parse_bind, "--http-bind", args.http_bind)
     return ServeConfig(
         data_dir=Path(args.data_dir).expanduser().resolve(),
@@ -135,6 +144,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         log_level=args.log_level,
         max_http_request_size=_option(parse_size, "--max-http-request-size", args.max_http_request_size),
         flight_bind=_option(parse_bind, "--flight-bind", args.flight_bind) if args.flight_bind else None,
+        plugin_limits=serve_limits(args),
     )
 
 

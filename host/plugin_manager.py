@@ -29,10 +29,11 @@ from host.buffer import build_batch
 from host.catalog import INTERNAL_DATABASE, TAG, ColumnDef, TableSchema
 from host.interface import DatabaseNotFound as InterfaceDatabaseNotFound
 from host.interface import FlushedTable, WalFlush, WriteError
+from cache.plugin_cache import trigger_namespace
 from host.lineprotocol import parse, to_nanoseconds
 from sandbox.plugin_files import PluginPathError, resolve_plugin_path
 from sandbox.runtime import (
-    HttpResponse, PluginHandle, PluginLoadError, PluginRuntime, PluginSpec, RunResult, SharedFlush,
+    HttpResponse, PluginHandle, PluginLoadError, PluginRuntime, PluginSpec, PluginUsage, RunResult, SharedFlush,
 )
 from triggers.catalog import (
     SettingsError,
@@ -60,6 +61,7 @@ __all__ = [
     "TriggerRunning",
     "TriggerSettings",
     "TriggerSpecError",
+    "TriggerUsage",
 ]
 
 log = logging.getLogger("plughost.engine")
@@ -127,6 +129,16 @@ class _Request(NamedTuple):
     queued_ns: int
 
 
+class TriggerUsage(msgspec.Struct):
+    """What one running trigger uses now: one entry per loaded interpreter of its plugin (a
+    synchronous trigger has one; an asynchronous one up to its concurrency)."""
+
+    database_name: str
+    trigger_name: str
+    mode: str
+    slots: list[PluginUsage]
+
+
 class _Trigger:
     """A started trigger: its definition, its loaded plugin interpreters and its dispatcher.
 
@@ -171,6 +183,11 @@ class _Trigger:
     def give_back(self, handle: PluginHandle) -> None:
         with self._lock:
             self._idle.append(handle)
+
+    def usage(self) -> list[PluginUsage]:
+        with self._lock:
+            handles = list(self._handles)
+        return [handle.usage() for handle in handles]
 
     def close_handles(self) -> None:
         with self._lock:
@@ -245,15 +262,23 @@ class ProcessingEngine:
             self._scheduler.start()
 
     def close(self) -> None:
-        """Stop taking flushes and ticks, then stop every trigger. Blocks up to a short grace
-        period per trigger for runs in progress."""
+        """Stop taking flushes and ticks, then stop every trigger. Blocks up to one short grace
+        period (all triggers stop at once) for runs in progress."""
         with self._lock:
             if self._unsubscribe is not None:
                 self._unsubscribe()
                 self._unsubscribe = None
             self._scheduler.close()
-            for trigger in list(self._active.values()):
-                self._stop_trigger(trigger)
+            triggers = list(self._active.values())
+            for trigger in triggers:
+                self._unroute(trigger)
+                trigger.stopping.set()
+            stoppers = [threading.Thread(target=self._finish_stop, args=(trigger,), name=f"stop:{trigger.name}")
+                        for trigger in triggers]
+            for stopper in stoppers:
+                stopper.start()
+            for stopper in stoppers:
+                stopper.join()
 
     # -- trigger definitions -----------------------------------------------------------------
 
@@ -323,6 +348,7 @@ class ProcessingEngine:
             if trigger is not None:
                 self._stop_trigger(trigger)
             self._counters.pop((database, name), None)
+            self._runtime.global_cache.drop_namespace(trigger_namespace(database, name))
 
     def enable_trigger(self, database: str, name: str) -> None:
         """Start a disabled trigger and persist `disabled=false`. Enabling an enabled trigger
@@ -392,6 +418,7 @@ class ProcessingEngine:
             plugin_filename=definition.plugin_filename,
             kind=spec.kind,
             isolation=settings.isolation,
+            limits=settings.limits(),
         ))
         try:
             handle = self._runtime.load(trigger.plugin)
@@ -453,6 +480,11 @@ class ProcessingEngine:
         trigger's own workers (error_behavior=disable)."""
         self._unroute(trigger)
         trigger.stopping.set()
+        self._finish_stop(trigger)
+
+    def _finish_stop(self, trigger: _Trigger) -> None:
+        """Drop the stopped trigger's queued events, give a run in progress the grace period,
+        then close its plugin."""
         if not trigger.dispatcher.stop(timeout=STOP_GRACE_SECONDS):
             self._log(trigger.name, "WARN", f"a run was still executing {STOP_GRACE_SECONDS:g}s after the "
                                             "trigger was stopped; it is abandoned")
@@ -586,7 +618,7 @@ class ProcessingEngine:
             self._log(trigger.name, line.level, line.text, line.time_ns)
         self._runs.append((trigger.definition.database_name, trigger.name, started, result.wall_time,
                            result.cpu_time, "ok" if result.ok else "error", None if result.ok else result.error,
-                           queued))
+                           queued, result.peak_memory))
         if result.ok:
             self._log(trigger.name, "INFO", f"finished execution in {format_duration(int(result.wall_time * 1e9))}")
         return result
@@ -680,6 +712,17 @@ class ProcessingEngine:
         self._logs.append((time_ns or self._clock(), trigger_name, level, text))
         log.log(_LOG_LEVELS[level], "processing engine: %s: %s", trigger_name, text)
 
+    # -- usage --------------------------------------------------------------------------------
+
+    def usage(self, database: str | None = None) -> list[TriggerUsage]:
+        """Current usage of every running trigger (of `database` only, unless None), sorted by
+        database and name. Never waits for a run; reads /proc for each loaded interpreter."""
+        active = [t for t in list(self._active.values())
+                  if database is None or t.definition.database_name == database]
+        active.sort(key=lambda t: t.key)
+        return [TriggerUsage(database_name=t.definition.database_name, trigger_name=t.name, mode=t.mode,
+                             slots=t.usage()) for t in active]
+
     # -- system tables --------------------------------------------------------------------------
 
     def _visible(self, database: str, owner: str) -> bool:
@@ -745,6 +788,7 @@ class ProcessingEngine:
             "error": pa.array([r[6] for r in rows], pa.string()),
             "database_name": pa.array([r[0] for r in rows], pa.string()),
             "queued": pa.array([r[7] for r in rows], pa.timestamp("ns")),
+            "peak_memory": pa.array([r[8] for r in rows], pa.uint64()),
         })
 
     # -- dry runs -------------------------------------------------------------------------------

@@ -59,7 +59,7 @@ class Server:
         self.auth: TokenStore | None = None if config.without_auth else TokenStore(config.data_dir)
         self.plugin_cache = PersistentPluginCache()
         self.runtime = PluginRuntime(self.database, config.plugin_dir, config.data_dir / "plugin-run",
-                                     global_cache=self.plugin_cache)
+                                     global_cache=self.plugin_cache, limits=config.plugin_limits)
         self.engine = ProcessingEngine(self.database, config.plugin_dir, config.data_dir, runtime=self.runtime)
         self.cache_store: CacheStore | None = None
         self.caches: CacheService | None = None

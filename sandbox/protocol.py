@@ -7,7 +7,7 @@ Three channels exist (see docs/architecture.md, "Sandbox"):
 - **trigger** (host ↔ one trigger's interpreter, one socketpair per trigger): frames of a JSON
   header plus a raw binary payload (`sandbox.guest.framing`), because the plugin side is pure
   Python and cannot import msgspec. Host → plugin: `RunRequest`; plugin → host: `LoadReply`,
-  then one `RunReply` per request. The memfd of a shared flush rides as SCM_RIGHTS on the run
+  then one `RunReply` per request (an `ObjectsReply` for a `measure` request). The memfd of a shared flush rides as SCM_RIGHTS on the run
   request that first needs it in that worker.
 - **services** (plugin → host, Unix socket in the run dir): the same JSON-header framing;
   `ServiceRequest` in, `ServiceReply` out.
@@ -130,15 +130,17 @@ class LoadReply(msgspec.Struct, frozen=True):
     file: str | None = None
     line: int | None = None
     refused_module: str | None = None  # an extension module that refused a subinterpreter
+    native_id: int | None = None  # the worker's OS thread that runs this trigger (for its CPU time)
 
 
 class RunRequest(msgspec.Struct, frozen=True, omit_defaults=True):
     """One invocation. Payload: the request body for requests; for writes with `attach`, the
     flush's `FlushLayout` (JSON) — `attach` marks the request that carries the flush's memfd to
-    a worker that has not mapped it yet.
+    a worker that has not mapped it yet. `measure` runs no plugin code: the interpreter counts
+    its objects and answers with an `ObjectsReply`.
     """
 
-    kind: Literal["writes", "schedule", "request"]
+    kind: Literal["writes", "schedule", "request", "measure"]
     flush_id: int = 0
     attach: bool = False
     table: str | None = None
@@ -165,6 +167,17 @@ class RunReply(msgspec.Struct, frozen=True):
     writes: dict[str, list[str]]
     response: ResponseHead | None
     cpu_time: float
+    rss_start: int = 0  # the worker's resident bytes when the run started and when it ended
+    rss_end: int = 0
+    thread_cpu: float = 0.0  # CPU seconds the trigger's OS thread has used in all, at the run's end
+
+
+class ObjectsReply(msgspec.Struct, frozen=True):
+    """The objects the garbage collector tracks in a trigger's interpreter (containers only:
+    str, bytes and numbers are not tracked), and their shallow size in bytes."""
+
+    objects: int
+    object_bytes: int
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,7 +214,14 @@ class CacheDeleteCall(msgspec.Struct, tag_field="op", tag="cache_delete", frozen
     key: str
 
 
-ServiceRequest = QueryCall | WriteCall | CacheGetCall | CachePutCall | CacheDeleteCall
+class CacheLoadCall(msgspec.Struct, tag_field="op", tag="cache_load", frozen=True):
+    """A trigger-local namespace's persisted entries. The reply's `found` says whether the host
+    persists (write-through wanted); its payload is the marshalled [(key, pickled value, expires_at)]."""
+
+    namespace: str
+
+
+ServiceRequest = QueryCall | WriteCall | CacheGetCall | CachePutCall | CacheDeleteCall | CacheLoadCall
 
 
 class ServiceReply(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -224,6 +244,13 @@ class Load(msgspec.Struct, tag=True, frozen=True):
     trigger_id: int
     config: LoadConfig
     main_interpreter: bool  # process mode: the plugin runs in the worker's main interpreter
+    memory_cap: int | None = None  # process mode with max_memory: RLIMIT_AS allowance after loading
+
+
+class Interrupt(msgspec.Struct, tag=True, frozen=True):
+    """Raise PluginLimitExceeded in the trigger's running plugin (ignored when none is running)."""
+
+    trigger_id: int
 
 
 class ReleaseFlush(msgspec.Struct, tag=True, frozen=True):
@@ -240,7 +267,15 @@ class Ready(msgspec.Struct, tag=True, frozen=True):
     pid: int
 
 
-ControlMessage = Load | ReleaseFlush | Shutdown | Ready
+class Abandoned(msgspec.Struct, tag=True, frozen=True):
+    """Worker → host: a closed trigger's interpreter could not be destroyed because threads the
+    plugin started outlived the close deadline; it stays in the worker until the worker exits."""
+
+    trigger_id: int
+    reason: str  # e.g. "plugin threads still running: leaked, leaked"
+
+
+ControlMessage = Load | Interrupt | ReleaseFlush | Shutdown | Ready | Abandoned
 
 _LENGTH = struct.Struct("<I")
 _encoder = msgspec.msgpack.Encoder()

@@ -1,10 +1,14 @@
 """The host's view of one plugin worker process: spawn it, talk to it, notice its death, stop it.
 
 A `WorkerProcess` owns the control channel (a socketpair whose other end is the worker's
-`--control-fd`). A daemon reader thread waits on that channel; when it reaches EOF the worker is
-gone, its exit status is collected, and `on_exit` is called (unless the host asked it to stop).
+`--control-fd`). A daemon reader thread waits on that channel: it hands each `Abandoned` report
+to `on_abandoned`, and when it reaches EOF the worker is gone, its exit status is collected, and
+`on_exit` is called (unless the host asked it to stop).
 Trigger channels are separate socketpairs handed over with `Load`, so runs never queue behind
 the control channel.
+
+The watchdog (`sandbox.watchdog`) stops runaway runs through `interrupt` and, when that is not
+enough, `kill_for`, which remembers whose run the worker died for.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import Callable
 
 import msgspec
 
-from sandbox import protocol
+from sandbox import procfs, protocol
 
 ROOT = str(Path(__file__).resolve().parent.parent)
 READY_TIMEOUT = 60.0
@@ -45,16 +49,22 @@ def describe_exit(returncode: int) -> str:
 class WorkerProcess:
     """One `python -m sandbox.worker` child. Thread-safe."""
 
-    def __init__(self, label: str, env: dict[str, str], on_exit: Callable[[WorkerProcess], None]) -> None:
+    def __init__(self, label: str, env: dict[str, str], on_exit: Callable[[WorkerProcess], None],
+                 on_abandoned: Callable[[WorkerProcess, protocol.Abandoned], None]) -> None:
         self.label = label
         self._env = env
         self._on_exit = on_exit
+        self._on_abandoned = on_abandoned
         self._send_lock = threading.Lock()
         self._control: socket.socket | None = None
         self._process: subprocess.Popen | None = None
         self._stopping = False
         self.exited = threading.Event()
         self.pid = 0
+        self.base_rss = 0  # resident bytes of the bare worker, before any plugin was loaded
+        self.killed_for: int | None = None  # the trigger whose run made the watchdog kill this worker
+        self.retired = False  # replaced in its pool slot: triggers move off it, then it stops
+        self.interpreters_discarded = 0  # interpreters closed while this worker lived (3.13.0 leaks each)
 
     def start(self) -> None:
         """Spawn the process and wait until it reports ready. Raises WorkerError."""
@@ -80,6 +90,7 @@ class WorkerProcess:
             self.kill()
             raise WorkerError(f"plugin worker {self.label} sent {message!r} instead of Ready")
         self.pid = message.pid
+        self.base_rss = procfs.resident_bytes(self.pid) or 0
         threading.Thread(target=self._watch, name=f"worker-{self.label}-watch", daemon=True).start()
 
     def _read_control(self) -> protocol.ControlMessage:
@@ -103,7 +114,9 @@ class WorkerProcess:
     def _watch(self) -> None:
         try:
             while True:
-                self._read_control()  # workers send nothing after Ready; EOF means death
+                message = self._read_control()  # EOF means death
+                if isinstance(message, protocol.Abandoned):
+                    self._on_abandoned(self, message)
         except (OSError, WorkerError):
             pass
         self._process.wait()
@@ -131,21 +144,37 @@ class WorkerProcess:
             except OSError as e:
                 raise WorkerError(f"plugin worker {self.label} is gone: {e}") from e
 
-    def open_trigger(self, trigger_id: int, config: protocol.LoadConfig, main_interpreter: bool) -> socket.socket:
-        """Start a trigger in this worker; return the host end of its channel.
+    def open_trigger(self, trigger_id: int, config: protocol.LoadConfig, main_interpreter: bool,
+                     memory_cap: int | None = None) -> socket.socket:
+        """Start a trigger in this worker; return the host end of its channel. `memory_cap`
+        (process mode only) caps the worker's address space at what it uses once the plugin
+        loaded plus that many bytes.
 
         Returns at once; the worker answers on the channel with a LoadReply frame.
         """
         host_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            self.send(protocol.Load(trigger_id=trigger_id, config=config, main_interpreter=main_interpreter),
-                      [worker_end.fileno()])
+            self.send(protocol.Load(trigger_id=trigger_id, config=config, main_interpreter=main_interpreter,
+                                    memory_cap=memory_cap), [worker_end.fileno()])
         except WorkerError:
             host_end.close()
             raise
         finally:
             worker_end.close()
         return host_end
+
+    def interrupt(self, trigger_id: int) -> None:
+        """Ask the worker to raise PluginLimitExceeded in the trigger's running plugin; a worker
+        that is gone is ignored. Never blocks on the plugin."""
+        try:
+            self.send(protocol.Interrupt(trigger_id=trigger_id))
+        except WorkerError:
+            pass
+
+    def kill_for(self, trigger_id: int) -> None:
+        """Kill the worker (SIGKILL) because a run of `trigger_id` would not stop."""
+        self.killed_for = trigger_id
+        self.kill()
 
     def exit_reason(self, timeout: float) -> str:
         """Wait up to `timeout` s for the process to end and describe how it ended.

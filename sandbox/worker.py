@@ -7,6 +7,11 @@ process's main interpreter). Flush segments arrive as memfds on run requests, ar
 read-only once per worker, and every trigger's interpreter gets read-only views of that one
 mapping. When the host goes away, the worker exits at once; it always leaves through
 `os._exit`, because 3.13.0 can hang finalizing interpreters that still have threads.
+
+Limits are decided by the host (`sandbox.watchdog`); the worker only carries them out: an
+`Interrupt` makes the trigger's interpreter raise PluginLimitExceeded in the running plugin
+(`sandbox.guest.interrupt`), and a process-mode worker whose trigger has `max_memory` caps its own
+address space (RLIMIT_AS), so one huge allocation fails with MemoryError instead of being made.
 """
 
 from __future__ import annotations
@@ -15,12 +20,14 @@ import argparse
 import marshal
 import mmap
 import os
+import resource
 import socket
 import sys
 import threading
 import time
 import traceback
 from pathlib import Path
+from typing import Callable
 
 import msgspec
 
@@ -35,6 +42,44 @@ _flush_layout = msgspec.json.Decoder(protocol.FlushLayout)
 _json = msgspec.json.Encoder()
 
 
+class AddressSpace:
+    """This process's RLIMIT_AS while a process-mode trigger with `max_memory` lives here.
+
+    The cap is the address space in use once the plugin has loaded, plus `max_memory`, plus the
+    size of every shared flush mapped meanwhile (flushes are not the plugin's memory). Threads a
+    plugin starts reserve their stacks inside the cap. Thread-safe.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._limit: int | None = None
+
+    def cap(self, allowance: int) -> None:
+        """Let the process grow by at most `allowance` bytes of address space from now on."""
+        with open("/proc/self/statm") as statm:
+            in_use = int(statm.read().split()[0]) * mmap.PAGESIZE
+        with self._lock:
+            self._limit = in_use + allowance
+            self._apply()
+
+    def grow(self, size: int) -> None:
+        with self._lock:
+            if self._limit is not None:
+                self._limit += size
+                self._apply()
+
+    def shrink(self, size: int) -> None:
+        with self._lock:
+            if self._limit is not None:
+                self._limit -= size
+                self._apply()
+
+    def _apply(self) -> None:
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
+        soft = self._limit if hard == resource.RLIM_INFINITY else min(self._limit, hard)
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
 class FlushMappings:
     """Flush segments mapped in this worker, by flush id, with their layouts; thread-safe.
 
@@ -42,9 +87,10 @@ class FlushMappings:
     marshal far faster than JSON.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, address_space: AddressSpace) -> None:
         self._lock = threading.Lock()
         self._maps: dict[int, tuple[bytes, memoryview]] = {}
+        self._address_space = address_space
 
     def add(self, flush_id: int, fd: int, layout_json: bytes) -> None:
         """Map the memfd read-only unless already mapped; always closes `fd`.
@@ -56,7 +102,9 @@ class FlushMappings:
                 if flush_id in self._maps:
                     return
                 layout = marshal.dumps(msgspec.to_builtins(_flush_layout.decode(layout_json)))
-                segment = mmap.mmap(fd, os.fstat(fd).st_size, prot=mmap.PROT_READ)
+                size = os.fstat(fd).st_size
+                self._address_space.grow(size)
+                segment = mmap.mmap(fd, size, prot=mmap.PROT_READ)
                 self._maps[flush_id] = (layout, memoryview(segment).toreadonly())
         finally:
             os.close(fd)
@@ -68,7 +116,9 @@ class FlushMappings:
     def release(self, flush_id: int) -> None:
         """Forget a flush; the mapping goes when the last interpreter view of it is released."""
         with self._lock:
-            self._maps.pop(flush_id, None)
+            mapped = self._maps.pop(flush_id, None)
+        if mapped is not None:
+            self._address_space.shrink(mapped[1].nbytes)
 
 
 def _run_in_interpreter():
@@ -86,8 +136,8 @@ sys.path.insert(0, _plughost_root)
 import _interpreters  # lets this interpreter receive memoryviews
 from sandbox.guest import runner as _plughost_runner
 del _plughost_root
-_plughost_runner.install(_plughost_config, _plughost_reply_fd, True)
-del _plughost_config, _plughost_reply_fd
+_plughost_runner.install(_plughost_config, _plughost_reply_fd, _plughost_interrupt_fd, True)
+del _plughost_config, _plughost_reply_fd, _plughost_interrupt_fd
 """
 
 
@@ -97,10 +147,11 @@ class SubinterpreterHost:
     def __init__(self) -> None:
         self.interpreter = Interpreter()
 
-    def install(self, config: bytes, reply_fd: int) -> None:
-        self.interpreter.exec(
-            _BOOTSTRAP, {"_plughost_root": ROOT, "_plughost_config": config, "_plughost_reply_fd": reply_fd}
-        )
+    def install(self, config: bytes, reply_fd: int, interrupt_fd: int) -> None:
+        self.interpreter.exec(_BOOTSTRAP, {
+            "_plughost_root": ROOT, "_plughost_config": config, "_plughost_reply_fd": reply_fd,
+            "_plughost_interrupt_fd": interrupt_fd,
+        })
 
     def run(self, call: tuple, payload: bytes, flush: memoryview | None) -> None:
         self.interpreter.exec(
@@ -108,15 +159,26 @@ class SubinterpreterHost:
             {"_plughost_request": call, "_plughost_payload": payload, "_plughost_flush": flush},
         )
 
-    def shutdown(self, deadline: float) -> None:
-        """Destroy the interpreter once the plugin's threads end; if some outlive `deadline`
-        seconds it is left alone (destroying it would block), until the worker exits."""
-        try:
-            self.interpreter.exec("_plughost_runner.shutdown(_plughost_deadline)", {"_plughost_deadline": deadline})
-        except InterpreterError as e:
-            print(f"plughost worker: {e}", file=sys.stderr)
-            return
+    def measure(self) -> None:
+        self.interpreter.exec("_plughost_runner.measure()")
+
+    def shutdown(self, deadline: float) -> str | None:
+        """Destroy the interpreter once the plugin's threads end. If some outlive `deadline`
+        seconds it is left alone (destroying it would block) until the worker exits, and the
+        reason is returned; None when it was destroyed."""
+        for attempt in range(2):
+            try:
+                self.interpreter.exec("_plughost_runner.shutdown(_plughost_deadline)", {"_plughost_deadline": deadline})
+                break
+            except ExecutionFailed as e:
+                # An interrupt that was sent as the last run ended fires at the next exec: this one.
+                if e.type_name == "PluginLimitExceeded" and attempt == 0:
+                    continue
+                return e.message or str(e)
+            except InterpreterError as e:
+                return str(e)
         self.interpreter.close()
+        return None
 
 
 class MainInterpreterHost:
@@ -127,31 +189,54 @@ class MainInterpreterHost:
 
         self.runner = runner
 
-    def install(self, config: bytes, reply_fd: int) -> None:
-        self.runner.install(config, reply_fd, False)
+    def install(self, config: bytes, reply_fd: int, interrupt_fd: int) -> None:
+        self.runner.install(config, reply_fd, interrupt_fd, False)
 
     def run(self, call: tuple, payload: bytes, flush: memoryview | None) -> None:
         self.runner.run(call, payload, memoryview(flush) if flush is not None else None)
 
-    def shutdown(self, deadline: float) -> None:
+    def measure(self) -> None:
+        self.runner.measure()
+
+    def shutdown(self, deadline: float) -> str | None:
         try:
             self.runner.shutdown(deadline)
         except RuntimeError as e:
-            print(f"plughost worker: {e}", file=sys.stderr)
+            return str(e)
+        return None
 
 
 class TriggerThread(threading.Thread):
     """Owns one trigger: its channel, its interpreter; serves runs until the channel closes."""
 
-    def __init__(self, load: protocol.Load, channel: socket.socket, flushes: FlushMappings) -> None:
+    def __init__(self, load: protocol.Load, channel: socket.socket, flushes: FlushMappings,
+                 address_space: AddressSpace, report: Callable[[protocol.ControlMessage], None]) -> None:
         super().__init__(name=f"trigger-{load.trigger_id}-{load.config.trigger_name}", daemon=True)
         self.load = load
         self.channel = channel
         self.flushes = flushes
+        self.address_space = address_space
+        self.report = report
         self.host: SubinterpreterHost | MainInterpreterHost | None = None
         self.stopping = threading.Event()
         self.finished = threading.Event()
         self.deadline = float("inf")  # monotonic time by which a Shutdown wants this trigger gone
+        self._interrupt_read, self._interrupt_write = os.pipe()
+        self._interrupt_lock = threading.Lock()
+
+    def interrupt(self) -> None:
+        """Ask the trigger's interpreter to raise PluginLimitExceeded in the running plugin, if
+        one is running. Never blocks on the plugin."""
+        with self._interrupt_lock:
+            if self._interrupt_write >= 0:
+                os.write(self._interrupt_write, b"!")
+
+    def _close_interrupter(self) -> None:
+        """Closing the pipe ends the interrupter thread, which the interpreter's shutdown joins."""
+        with self._interrupt_lock:
+            if self._interrupt_write >= 0:
+                os.close(self._interrupt_write)
+                self._interrupt_write = -1
 
     def _fail(self, reply: msgspec.Struct) -> None:
         framing.send(self.channel, _json.encode(reply))
@@ -173,12 +258,15 @@ class TriggerThread(threading.Thread):
         reply_fd = os.dup(self.channel.fileno())
         try:
             self.host = MainInterpreterHost() if self.load.main_interpreter else SubinterpreterHost()
-            self.host.install(msgspec.json.encode(self.load.config), reply_fd)
+            interrupt_fd, self._interrupt_read = self._interrupt_read, -1  # the interpreter owns it now
+            self.host.install(msgspec.json.encode(self.load.config), reply_fd, interrupt_fd)
         except (InterpreterError, ImportError) as e:
             os.close(reply_fd)
             details = e.details if isinstance(e, ExecutionFailed) else traceback.format_exc()
             self._fail(protocol.LoadReply(ok=False, error=str(e), traceback=details))
             return
+        if self.load.memory_cap is not None:
+            self.address_space.cap(self.load.memory_cap)
         while not self.stopping.is_set():
             self._serve_one()
 
@@ -186,6 +274,12 @@ class TriggerThread(threading.Thread):
         """Receive one run request and run it; no reference to the flush outlives the call."""
         header, payload, fds = framing.receive_with_fds(self.channel)
         request = _run_request.decode(header)
+        if request.kind == "measure":
+            try:
+                self.host.measure()
+            except ExecutionFailed as e:
+                self._fail_run(str(e), e.details)
+            return
         flush = None
         if request.kind == "writes":
             if request.attach and fds:
@@ -212,22 +306,42 @@ class TriggerThread(threading.Thread):
 
     def _close(self) -> None:
         deadline = self.deadline if self.stopping.is_set() else time.monotonic() + CLOSE_DEADLINE
+        self._close_interrupter()
+        if self._interrupt_read >= 0:  # the interpreter never took it
+            os.close(self._interrupt_read)
         try:
             if self.host is not None:
-                self.host.shutdown(max(0.0, deadline - time.monotonic()))
+                stranded = self.host.shutdown(max(0.0, deadline - time.monotonic()))
+                if stranded is not None:
+                    print(f"plughost worker: trigger {self.load.config.trigger_name}: {stranded}", file=sys.stderr)
+                    if not self.stopping.is_set():
+                        self.report(protocol.Abandoned(trigger_id=self.load.trigger_id, reason=stranded))
         finally:
             self.channel.close()
             self.finished.set()
 
 
 def _serve_control(control: socket.socket) -> None:
-    flushes = FlushMappings()
-    triggers: list[TriggerThread] = []
+    send_lock = threading.Lock()
+
+    def report(message: protocol.ControlMessage) -> None:
+        with send_lock:
+            try:
+                control.sendall(protocol.encode_control(message))
+            except OSError:
+                pass  # the host is gone; this worker exits as soon as the main thread notices
+
+    address_space = AddressSpace()
+    flushes = FlushMappings(address_space)
+    triggers: dict[int, TriggerThread] = {}
     framing_buffer = bytearray()
     pending_fds: list[int] = []
     while True:
-        data, fds, _, _ = socket.recv_fds(control, 65536, framing.MAX_FDS)
-        if not data:
+        try:
+            data, fds, _, _ = socket.recv_fds(control, 65536, framing.MAX_FDS)
+        except ConnectionResetError:
+            data, fds = b"", []
+        if not data:  # the host is gone
             os._exit(0)
         framing_buffer += data
         pending_fds.extend(fds)
@@ -240,13 +354,19 @@ def _serve_control(control: socket.socket) -> None:
             del framing_buffer[:end]
             if isinstance(message, protocol.Load):
                 channel = socket.socket(fileno=pending_fds.pop(0))
-                thread = TriggerThread(message, channel, flushes)
-                triggers.append(thread)
+                thread = TriggerThread(message, channel, flushes, address_space, report)
+                for trigger_id in [i for i, t in triggers.items() if t.finished.is_set()]:
+                    del triggers[trigger_id]
+                triggers[message.trigger_id] = thread
                 thread.start()
+            elif isinstance(message, protocol.Interrupt):
+                thread = triggers.get(message.trigger_id)
+                if thread is not None:
+                    thread.interrupt()
             elif isinstance(message, protocol.ReleaseFlush):
                 flushes.release(message.flush_id)
             elif isinstance(message, protocol.Shutdown):
-                _shutdown(triggers, message.deadline)
+                _shutdown(list(triggers.values()), message.deadline)
 
 
 def _shutdown(triggers: list[TriggerThread], deadline: float) -> None:

@@ -15,6 +15,7 @@ from typing import Literal
 
 import msgspec
 
+from sandbox.limits import RunLimits
 from triggers.schedule import DurationError, parse_duration
 
 ErrorBehavior = Literal["log", "retry", "disable"]
@@ -31,8 +32,8 @@ class SettingsError(ValueError):
 
 
 class TriggerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """How a trigger runs. `run_async` and `error_behavior` are InfluxDB 3's; the limits are ours
-    and are stored for enforcement (seconds, seconds, bytes)."""
+    """How a trigger runs. `run_async` and `error_behavior` are InfluxDB 3's; the limits
+    (seconds, seconds, bytes; None = the server's default) and `isolation` are ours."""
 
     run_async: bool = False
     error_behavior: ErrorBehavior = "log"
@@ -40,6 +41,10 @@ class TriggerSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_cpu_time: float | None = None
     max_memory: int | None = None
     isolation: Isolation = "auto"
+
+    def limits(self) -> RunLimits:
+        """The trigger's own limits; unset ones fall back to the plugin runtime's defaults."""
+        return RunLimits(max_run_time=self.max_run_time, max_cpu_time=self.max_cpu_time, max_memory=self.max_memory)
 
 
 def seconds_setting(name: str, value: float | int | str | None) -> float | None:

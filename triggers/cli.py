@@ -2,7 +2,8 @@
 
     plughost create trigger --database DB (--path P | --plugin-filename P) --trigger-spec S
                             [--trigger-arguments k=v,k2=v2] [--error-behavior log|retry|disable]
-                            [--run-asynchronous] [--disabled] NAME
+                            [--run-asynchronous] [--disabled] [--max-run-time 2s] [--max-cpu-time 500ms]
+                            [--max-memory 256MiB] [--isolation auto|interpreter|process] NAME
     plughost delete trigger --database DB [--force] NAME
     plughost enable|disable trigger --database DB NAME
     plughost show triggers [--database DB] [--format pretty|json|jsonl|csv]
@@ -10,6 +11,10 @@
     plughost test schedule_plugin --database DB [--schedule CRON] [--input-arguments ...] [--cache-name N] FILENAME
 
 Everything goes through the HTTP API (`host.client.PlughostClient`).
+
+`add_serve_limit_arguments` / `serve_limits` give `plughost serve` the server-wide defaults for
+limits a trigger leaves unset (`--plugin-max-run-time`, `--plugin-max-cpu-time`,
+`--plugin-max-memory`), to be passed as `PluginRuntime(limits=...)`.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ import os
 import sys
 
 import host.cli as host_cli  # a module import, so host.cli may import this module back
+from sandbox.limits import RunLimits
+from triggers.catalog import memory_setting, seconds_setting
 from triggers.spec import TriggerSpecError, parse_trigger_spec
 
 TRIGGER_PATH = "/api/v3/configure/processing_engine_trigger"
@@ -42,6 +49,28 @@ def trigger_spec(text: str) -> str:
         return parse_trigger_spec(text).canonical()
     except TriggerSpecError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def add_serve_limit_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add `serve`'s defaults for the limits triggers leave unset (env PLUGHOST_PLUGIN_MAX_*)."""
+    for flag, metavar, example, what in (
+        ("run-time", "DURATION", "30s", "wall-clock time a plugin run may take"),
+        ("cpu-time", "DURATION", "10s", "CPU time a plugin run may use"),
+        ("memory", "SIZE", "512MiB", "memory a plugin may use (see docs/plugins.md, Operations)"),
+    ):
+        env = "PLUGHOST_PLUGIN_MAX_" + flag.replace("-", "_").upper()
+        parser.add_argument(f"--plugin-max-{flag}", default=os.environ.get(env), metavar=metavar,
+                            help=f"default limit on the {what}, e.g. {example}, for triggers that set none "
+                                 f"(env {env}; default: no limit)")
+
+
+def serve_limits(args: argparse.Namespace) -> RunLimits:
+    """The defaults given to `add_serve_limit_arguments`' options. Raises SettingsError naming the option."""
+    return RunLimits(
+        max_run_time=seconds_setting("--plugin-max-run-time", args.plugin_max_run_time),
+        max_cpu_time=seconds_setting("--plugin-max-cpu-time", args.plugin_max_cpu_time),
+        max_memory=memory_setting("--plugin-max-memory", args.plugin_max_memory),
+    )
 
 
 def _add_database(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -163,9 +192,12 @@ def register(verbs: dict[str, argparse._SubParsersAction]) -> None:
                         help="what a plugin error does (default log)")
     create.add_argument("--run-asynchronous", action="store_true", help="let runs of this trigger overlap")
     create.add_argument("--disabled", action="store_true", help="create the trigger disabled")
-    create.add_argument("--max-run-time", default=None, help="wall-clock limit per run, e.g. 30s")
-    create.add_argument("--max-cpu-time", default=None, help="CPU-time limit per run, e.g. 10s")
-    create.add_argument("--max-memory", default=None, help="memory limit, e.g. 256MiB")
+    create.add_argument("--max-run-time", default=None,
+                        help="wall-clock limit per run, e.g. 500ms or 30s (default: the server's --plugin-max-run-time)")
+    create.add_argument("--max-cpu-time", default=None,
+                        help="CPU-time limit per run, e.g. 2s (default: the server's --plugin-max-cpu-time)")
+    create.add_argument("--max-memory", default=None,
+                        help="memory limit in bytes or e.g. 256MiB (default: the server's --plugin-max-memory)")
     create.add_argument("--isolation", default=None, choices=("auto", "interpreter", "process"),
                         help="run the plugin in a subinterpreter or its own process (default auto)")
     create.add_argument("name", help="the trigger's name, unique in its database")

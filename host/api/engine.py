@@ -1,4 +1,5 @@
-"""The processing engine's HTTP API: trigger configuration, plugin dry runs, and `/api/v3/engine/<path>`.
+"""The processing engine's HTTP API: trigger configuration, plugin dry runs, `/api/v3/engine/<path>`,
+and what running plugins use (`GET /api/v3/plugin_usage[?db=]`, see docs/plugins.md, "Operations").
 
 Bodies follow InfluxDB 3 (`influxdb3_types::http`): create/delete take a JSON body or, when a
 query string is present, the query string; enable/disable take `?db=&trigger_name=`. Successes
@@ -36,7 +37,7 @@ from triggers.spec import TriggerSpecError
 
 
 class TriggerSettingsBody(msgspec.Struct, forbid_unknown_fields=True):
-    """`trigger_settings`: InfluxDB 3's two required keys, then our limits (stored, enforced later)."""
+    """`trigger_settings`: InfluxDB 3's two required keys, then our limits and isolation."""
 
     run_async: bool
     error_behavior: Literal["log", "retry", "disable"]
@@ -165,6 +166,11 @@ def routes(engine: ProcessingEngine) -> list[Route]:
         return json_response(await _call(engine.test_schedule, test.filename, test.database, test.schedule,
                                          test.input_arguments, test.cache_name))
 
+    async def plugin_usage(request: Request) -> Response:
+        database = request.query_params.get("db") or None
+        usage = await anyio.to_thread.run_sync(engine.usage, database)
+        return json_response({"triggers": usage})
+
     async def request_trigger(request: Request) -> Response:
         # InfluxDB 3: percent-decoded pairs, the last of a repeated key wins; header names are
         # lowercase, the last of a repeated header wins, and Authorization never reaches plugins.
@@ -182,5 +188,6 @@ def routes(engine: ProcessingEngine) -> list[Route]:
         Route("/api/v3/configure/processing_engine_trigger/disable", disable_trigger, methods=["POST"]),
         Route("/api/v3/plugin_test/wal", test_wal_plugin, methods=["POST"]),
         Route("/api/v3/plugin_test/schedule", test_schedule_plugin, methods=["POST"]),
+        Route("/api/v3/plugin_usage", plugin_usage, methods=["GET"]),
         Route("/api/v3/engine/{path:path}", request_trigger, methods=["GET", "POST"]),
     ]

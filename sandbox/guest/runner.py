@@ -2,13 +2,19 @@
 
 The worker calls `install` once, `run` once per request (with the request as a tuple of
 shareable values, its payload — the marshalled flush layout for writes, the body for requests —
-and, for writes, a read-only memoryview of the flush's shared segment), and `shutdown` at the end. Replies go straight onto the trigger's channel as JSON-header frames whose schema
-is `sandbox.protocol.LoadReply` / `RunReply`. One trigger lives in one interpreter, so this
+and, for writes, a read-only memoryview of the flush's shared segment), and `shutdown` at the
+end. Replies go straight onto the trigger's channel as JSON-header frames whose schema is
+`sandbox.protocol.LoadReply` / `RunReply`. One trigger lives in one interpreter, so this
 module's globals are that trigger's state.
+
+A reply stays bounded whatever the plugin does: a run keeps at most MAX_LOG_LINES log lines of
+at most MAX_TEXT characters (the rest are counted in one closing WARN line), and error texts and
+tracebacks are cut to MAX_TEXT and MAX_TRACEBACK characters.
 """
 
 import builtins
 import datetime
+import gc
 import json
 import marshal
 import os
@@ -20,7 +26,7 @@ import time
 import traceback
 
 import __main__
-from sandbox.guest import batches, flask, framing
+from sandbox.guest import batches, flask, framing, interrupt
 from sandbox.guest.line_builder import EXPORTS as LINE_BUILDER_EXPORTS
 from sandbox.guest.local import InfluxDB3Local, PluginCache, ServicesClient
 from sandbox.guest.plugin import MissingEntryPoint, PluginCode
@@ -32,12 +38,27 @@ _REFUSAL = re.compile(
     re.IGNORECASE,
 )
 _REFUSED_MODULE = re.compile(r"module '?([\w.]+)'? does not support")
+MAX_LOG_LINES = 1000
+MAX_TEXT = 16 * 1024
+MAX_TRACEBACK = 64 * 1024
 
 _config = None
 _reply = None
 _code = None
 _services = None
 _cache = None
+_statm = None  # /proc/self/statm, kept open: the worker's resident size at the start and end of runs
+_page_size = os.sysconf("SC_PAGE_SIZE")
+
+
+def _resident_bytes():
+    return int(os.pread(_statm, 64, 0).split()[1]) * _page_size
+
+
+def _clip(text, limit):
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text) - limit} more characters)"
 
 
 def _send(header, payload=b""):
@@ -48,8 +69,11 @@ def _send(header, payload=b""):
 def _one_line(error):
     if isinstance(error, MissingEntryPoint):
         return str(error)
-    text = str(error)
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+    try:
+        text = str(error)
+    except Exception as failure:  # a plugin's exception whose __str__ itself raises
+        text = f"<str() of the exception raised {type(failure).__name__}>"
+    return _clip(f"{type(error).__name__}: {text}" if text else type(error).__name__, MAX_TEXT)
 
 
 def _format_traceback(error):
@@ -57,7 +81,11 @@ def _format_traceback(error):
     tb = error.__traceback__
     while tb is not None and tb.tb_frame.f_code.co_filename.startswith(GUEST_DIR):
         tb = tb.tb_next
-    return "".join(traceback.format_exception(type(error), error, tb))
+    try:
+        text = "".join(traceback.format_exception(type(error), error, tb))
+    except Exception as failure:
+        text = f"(the traceback could not be formatted: {type(failure).__name__})"
+    return _clip(text, MAX_TRACEBACK)
 
 
 def _plugin_location(error):
@@ -90,11 +118,17 @@ def _refused_module(error):
     return None
 
 
-def install(config_json, reply_fd, in_subinterpreter):
-    """Set up this interpreter for one trigger and load its plugin; sends a LoadReply."""
-    global _config, _reply, _code, _services, _cache
+def install(config_json, reply_fd, interrupt_fd, in_subinterpreter):
+    """Set up this interpreter for one trigger and load its plugin; sends a LoadReply.
+
+    `interrupt_fd` is the read end of the pipe the worker writes to when a run must be stopped
+    (see `sandbox.guest.interrupt`); this interpreter owns it from now on.
+    """
+    global _config, _reply, _code, _services, _cache, _statm
     _config = json.loads(config_json)
     _reply = socket.socket(fileno=reply_fd)
+    _statm = os.open("/proc/self/statm", os.O_RDONLY)
+    interrupt.start(interrupt_fd)
     builtins.LineBuilder = LINE_BUILDER_EXPORTS["LineBuilder"]
     for name, value in LINE_BUILDER_EXPORTS.items():
         setattr(__main__, name, value)
@@ -104,6 +138,7 @@ def install(config_json, reply_fd, in_subinterpreter):
         _config["cache_local_namespace"],
         _config["cache_global_namespace"],
         _config["cache_default_ttl"],
+        persist_namespace=None if _config["dry_run"] else f"trigger:{_config['database']}:{_config['trigger_name']}",
     )
     _code = PluginCode(_config["plugin_path"], _config["reload"])
     try:
@@ -119,7 +154,30 @@ def install(config_json, reply_fd, in_subinterpreter):
             "refused_module": _refused_module(error) if in_subinterpreter else None,
         })
         return
-    _send({"ok": True})
+    _send({"ok": True, "native_id": threading.get_native_id()})
+
+
+class RunLog:
+    """The log lines of one run: the first MAX_LOG_LINES, each cut to MAX_TEXT characters."""
+
+    def __init__(self):
+        self.lines = []
+        self.dropped = 0
+
+    def append(self, line):
+        if len(self.lines) >= MAX_LOG_LINES:
+            self.dropped += 1
+            return
+        line["text"] = _clip(line["text"], MAX_TEXT)
+        self.lines.append(line)
+
+    def finished(self):
+        """The lines to report, closed by a WARN line counting the dropped ones."""
+        if self.dropped:
+            self.lines.append({"time_ns": time.time_ns(), "level": "WARN",
+                               "text": f"{self.dropped} more log lines of this run were dropped "
+                                       f"(a run keeps at most {MAX_LOG_LINES})"})
+        return self.lines
 
 
 class _PrintCapture:
@@ -131,6 +189,8 @@ class _PrintCapture:
 
     def write(self, text):
         self._pending += text
+        if len(self._pending) > MAX_TEXT and "\n" not in text:
+            self._pending += "\n"
         *lines, self._pending = self._pending.split("\n")
         for line in lines:
             self._logs.append({"time_ns": time.time_ns(), "level": "INFO", "text": line})
@@ -163,20 +223,28 @@ def run(call, payload, flush_view):
     `call` is (kind, table, args items or None, call_time epoch seconds, query parameter items,
     header items), as the worker built it from a validated RunRequest.
     """
-    logs = []
+    logs = RunLog()
     writes = {}
     views = []
     local = InfluxDB3Local(_config["database"], _services, _cache, logs, writes, _config["dry_run"])
+    rss_start = _resident_bytes()
     started = time.thread_time()
     stdout = sys.stdout
     sys.stdout = _PrintCapture(logs)
     error = None
     response = None
     try:
+        interrupt.entering(threading.get_ident())
         response = _call(call, payload, flush_view, local, views)
     except BaseException as caught:
         error = caught
     finally:
+        while True:
+            try:
+                interrupt.leaving()
+                break
+            except interrupt.PluginLimitExceeded as caught:  # the interrupt landed as the plugin returned
+                error = caught
         sys.stdout.flush()
         sys.stdout = stdout
         for view in views:
@@ -186,14 +254,18 @@ def run(call, payload, flush_view):
                 pass
         if flush_view is not None:
             flush_view.release()
+    thread_cpu = time.thread_time()
     reply = {
         "ok": error is None,
         "error": None,
         "traceback": None,
-        "logs": logs,
+        "logs": logs.finished(),
         "writes": writes if error is None or _config["dry_run"] else {},
         "response": None,
-        "cpu_time": time.thread_time() - started,
+        "cpu_time": thread_cpu - started,
+        "rss_start": rss_start,
+        "rss_end": _resident_bytes(),
+        "thread_cpu": thread_cpu,
     }
     body = b""
     if error is not None:
@@ -208,6 +280,16 @@ def run(call, payload, flush_view):
         body = text.encode("utf-8")
     del error
     _send(reply, body)
+
+
+def measure():
+    """Send an ObjectsReply: the objects the garbage collector tracks in this interpreter and the
+    shallow size of those of built-in types (a plugin's own `__sizeof__` is never called)."""
+    objects = gc.get_objects()
+    size = sum(sys.getsizeof(o) for o in objects if type(o).__module__ == "builtins")
+    count = len(objects)
+    del objects
+    _send({"objects": count, "object_bytes": size})
 
 
 def shutdown(deadline):
@@ -225,6 +307,8 @@ def shutdown(deadline):
         _services.close()
     if _reply is not None:
         _reply.close()
+    if _statm is not None:
+        os.close(_statm)
     alive = [t.name for t in threading.enumerate() if t is not current and t is not threading.main_thread() and t.is_alive()]
     if alive:
         raise RuntimeError(f"plugin threads still running: {', '.join(alive)}")
