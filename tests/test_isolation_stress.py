@@ -24,6 +24,7 @@ import time
 
 import httpx
 import pytest
+from conftest import wait_until as wait_for_condition
 
 DB = "stress"
 TRIGGER = "/api/v3/configure/processing_engine_trigger"
@@ -119,15 +120,7 @@ def process_writes(influxdb3_local, table_batches, args=None):
 
 
 def wait_until(predicate, *, timeout: float = 20.0, message: str = "condition"):
-    """Poll `predicate()` until it returns something truthy (returned) or `timeout` passes (test fails)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {message}")
-        time.sleep(0.02)
+    return wait_for_condition(predicate, timeout=timeout, message=message)
 
 
 class Writer(threading.Thread):

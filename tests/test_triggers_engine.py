@@ -35,6 +35,7 @@ from host.plugin_manager import (  # noqa: E402
 )
 from sandbox.runtime import PluginRuntime  # noqa: E402
 from triggers.dispatch import DEFAULT_CAPACITY  # noqa: E402
+from conftest import wait_until
 
 PLUGINS = {
     "copy.py": """
@@ -138,14 +139,7 @@ def engine(engine_factory):
 
 
 def wait_for(predicate, timeout=15.0, message="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {message}")
-        time.sleep(0.01)
+    return wait_until(predicate, timeout=timeout, interval=0.01, message=message)
 
 
 def logs(engine, trigger):
