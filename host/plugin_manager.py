@@ -333,6 +333,15 @@ class ProcessingEngine:
         log.info("processing engine: created trigger %s in database %s (%s)", name, database, parsed.canonical())
         return definition
 
+    def drop_database(self, database: str) -> None:
+        """Stop and delete every trigger of a database that was deleted, with their caches.
+
+        InfluxDB 3 stops a deleted database's triggers too. Blocks as `delete_trigger` does.
+        """
+        for trigger in self.list_triggers():
+            if trigger.database_name == database:
+                self.delete_trigger(database, trigger.trigger_name, force=True)
+
     def delete_trigger(self, database: str, name: str, force: bool = False) -> None:
         """Delete a trigger; an enabled one needs `force` (then it is stopped first).
 

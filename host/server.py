@@ -98,11 +98,12 @@ class Server:
             self.cache_store.close()
 
     def delete_database(self, name: str) -> None:
-        """Delete a database with its files and its last-value and distinct-value caches.
+        """Delete a database with its files, its triggers and its last-value and distinct-value caches.
 
         Raises host.errors.NotFound if there is no such database.
         """
         self.database.delete_database(name)
+        self.engine.drop_database(name)
         self.caches.drop_database(name)
 
     def delete_table(self, database: str, table: str) -> None:

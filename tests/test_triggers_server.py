@@ -264,6 +264,22 @@ def test_enable_disable_delete_over_http(engine_server):
         assert trigger_row(server, "lifedb", "life") is None
 
 
+def test_deleting_a_database_stops_and_deletes_its_triggers(engine_server):
+    server = engine_server
+    create(server, "gonedb", "gone", "copy.py", "table:cpu", arguments={"to": "out"})
+    create(server, "keptdb", "kept", "copy.py", "table:cpu", arguments={"to": "out"})
+    with server.client() as client:
+        assert client.request("DELETE", "/api/v3/configure/database", params={"db": "gonedb"}).status_code == 200
+    assert trigger_row(server, "keptdb", "gone") is None
+    assert trigger_row(server, "keptdb", "kept") is not None
+    server.write("keptdb", "cpu v=7")
+    assert server.rows_when("keptdb", "SELECT v FROM out", lambda r: len(r) == 1) == [{"v": 7.0}]
+    # a new database of the same name starts without the old trigger
+    server.write("gonedb", "cpu v=1")
+    server.rows_when("gonedb", "SELECT count(*) AS n FROM cpu", lambda r: r[0]["n"] == 1)
+    assert rows(server, "gonedb", "SELECT count(*) AS n FROM information_schema.tables WHERE table_name = 'out'") == [{"n": 0}]
+
+
 def test_dry_runs_report_and_store_nothing(engine_server):
     server = engine_server
     with server.client() as client:
