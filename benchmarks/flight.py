@@ -36,9 +36,10 @@ import pyarrow.flight as flight
 import pyarrow.parquet as pq
 from influxdb_client_3 import InfluxDBClient3
 
+from benchmarks.ingest import CLIENTS, send_all
+
 REPO = Path(__file__).resolve().parent.parent
 T0_NS = 1704067200 * 10**9
-WRITERS = 2
 _SERVING = re.compile(r"serving on (http://\S+)")
 _FLIGHT = re.compile(r"serving Arrow Flight on .*?grpc://([^:\s]+):(\d+)")
 
@@ -86,7 +87,7 @@ def make_body(start: int, size: int) -> bytes:
 
 
 def load(url: str, rows: int) -> None:
-    """Write `rows` rows in 10k-line bodies from WRITERS clients, then wait until all are queryable."""
+    """Write `rows` rows in 10k-line bodies from CLIENTS clients, then wait until all are queryable."""
     bodies = [make_body(start, min(10_000, rows - start)) for start in range(0, rows, 10_000)]
     send(url, bodies, keep_alive=True)
     deadline = time.monotonic() + 300
@@ -100,28 +101,8 @@ def load(url: str, rows: int) -> None:
 
 
 def send(url: str, bodies: list[bytes], keep_alive: bool) -> float:
-    """POST `bodies` to /api/v3/write_lp from WRITERS threads; seconds taken. Raises on a non-204."""
-    failures: list[str] = []
-
-    def writer(share: list[bytes]) -> None:
-        with httpx.Client(base_url=url, timeout=120) as http:
-            for body in share:
-                headers = {} if keep_alive else {"Connection": "close"}
-                response = http.post("/api/v3/write_lp", params={"db": "bench"}, content=body, headers=headers)
-                if response.status_code != 204:
-                    failures.append(f"{response.status_code} {response.text[:200]}")
-                    return
-
-    threads = [threading.Thread(target=writer, args=(bodies[i::WRITERS],)) for i in range(WRITERS)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - started
-    if failures:
-        raise RuntimeError(f"write failed: {failures[0]}")
-    return elapsed
+    """POST `bodies` to /api/v3/write_lp from concurrent clients; seconds taken. Raises on a non-204."""
+    return send_all(url, bodies, "bench", keep_alive=keep_alive)
 
 
 SQL = "SELECT * FROM cpu"
@@ -177,13 +158,13 @@ def compare_fetch(server: Server, rows: int, runs: int) -> None:
 
 
 def ping(url: str, requests: int) -> float:
-    """GET /ping `requests` times from WRITERS threads, each on a new connection; seconds taken."""
+    """GET /ping `requests` times from CLIENTS threads, each on a new connection; seconds taken."""
     def pinger(count: int) -> None:
         with httpx.Client(base_url=url, timeout=60, headers={"Connection": "close"}) as http:
             for _ in range(count):
                 http.get("/ping").raise_for_status()
 
-    threads = [threading.Thread(target=pinger, args=(requests // WRITERS,)) for _ in range(WRITERS)]
+    threads = [threading.Thread(target=pinger, args=(requests // CLIENTS,)) for _ in range(CLIENTS)]
     started = time.perf_counter()
     for thread in threads:
         thread.start()
@@ -201,7 +182,7 @@ def compare_http(front: Server, direct: Server, bodies: int, rounds: int) -> Non
         "write, new conn., 100 lines (lines/s)": (lambda url: send(url, small, False), 100 * len(small)),
         "GET /ping, new conn. (requests/s)": (lambda url: ping(url, pings), pings),
     }
-    print(f"\nHTTP, {WRITERS} clients; best of {rounds} alternating rounds; ratio = front door / direct")
+    print(f"\nHTTP, {CLIENTS} clients; best of {rounds} alternating rounds; ratio = front door / direct")
     print(f"{'workload':<40} {'front door':>11} {'direct':>11} {'ratio':>6}")
     for name, (run, units) in workloads.items():
         best = {"front": 0.0, "direct": 0.0}

@@ -81,15 +81,19 @@ class Server:
         return self.process.wait(60)
 
 
-def send_all(url: str, batches: list[bytes], db: str) -> float:
-    """Send `batches` from CLIENTS keep-alive clients at once; return the seconds it took. Raises on a non-204."""
+def send_all(url: str, batches: list[bytes], db: str, *, keep_alive: bool = True) -> float:
+    """Send `batches` from CLIENTS clients at once; return the seconds it took. Raises on a non-204.
+
+    With `keep_alive` false every request opens a new connection.
+    """
     shares = [batches[i::CLIENTS] for i in range(CLIENTS)]
     failures: list[str] = []
+    headers = {} if keep_alive else {"Connection": "close"}
 
     def client(share: list[bytes]) -> None:
         with httpx.Client(base_url=url, timeout=120) as http:
             for body in share:
-                response = http.post("/api/v3/write_lp", params={"db": db}, content=body)
+                response = http.post("/api/v3/write_lp", params={"db": db}, content=body, headers=headers)
                 if response.status_code != 204:
                     failures.append(f"{response.status_code} {response.text[:200]}")
                     return

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 
-from host.cli import add_client_arguments, client_from_args
+from host.cli import add_client_arguments, add_database_argument, client_from_args
 
 LAST_CACHE_PATH = "/api/v3/configure/last_cache"
 DISTINCT_CACHE_PATH = "/api/v3/configure/distinct_cache"
@@ -102,9 +101,7 @@ def _delete(path: str, what: str):
 
 
 def _add_location(parser: argparse.ArgumentParser) -> None:
-    env = os.environ.get("PLUGHOST_DATABASE")
-    parser.add_argument("-d", "--database", default=env, required=env is None,
-                        help="database name (env PLUGHOST_DATABASE)")
+    add_database_argument(parser)
     parser.add_argument("-t", "--table", required=True, help="the table the cache belongs to")
 
 

@@ -44,9 +44,10 @@ def client_from_args(args: argparse.Namespace) -> PlughostClient:
     return PlughostClient(args.host, resolve_token(args.token, args.data_dir))
 
 
-def _add_database_argument(parser: argparse.ArgumentParser) -> None:
+def add_database_argument(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+    """`-d/--database`, defaulting to PLUGHOST_DATABASE; required unless that is set or `required` is false."""
     parser.add_argument("-d", "--database", default=os.environ.get("PLUGHOST_DATABASE"),
-                        required="PLUGHOST_DATABASE" not in os.environ,
+                        required=required and "PLUGHOST_DATABASE" not in os.environ,
                         help="database name (env PLUGHOST_DATABASE)")
 
 
@@ -319,7 +320,7 @@ def build_parser(registrars: list[Registrar] | None = None) -> argparse.Argument
     serve.set_defaults(handler=_serve)
 
     write = commands.add_parser("write", help="write line protocol")
-    _add_database_argument(write)
+    add_database_argument(write)
     write.add_argument("-f", "--file", help="read line protocol from FILE (default: arguments, else stdin)")
     write.add_argument("--precision", default=None, choices=("auto", "s", "ms", "us", "ns"),
                        help="timestamp precision (default auto)")
@@ -331,7 +332,7 @@ def build_parser(registrars: list[Registrar] | None = None) -> argparse.Argument
     write.set_defaults(handler=_write)
 
     query = commands.add_parser("query", help="run a SQL query")
-    _add_database_argument(query)
+    add_database_argument(query)
     query.add_argument("--format", default="pretty", choices=("pretty", "json", "jsonl", "csv", "parquet"))
     query.add_argument("-o", "--output", default=None, help="write the result to FILE instead of stdout")
     query.add_argument("query", nargs="+", help="the SQL statement")

@@ -73,12 +73,6 @@ def serve_limits(args: argparse.Namespace) -> RunLimits:
     )
 
 
-def _add_database(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    env = os.environ.get("PLUGHOST_DATABASE")
-    parser.add_argument("-d", "--database", default=env, required=required and env is None,
-                        help="database name (env PLUGHOST_DATABASE)")
-
-
 def _merged_arguments(values: list[dict[str, str]] | None) -> dict[str, str] | None:
     if not values:
         return None
@@ -181,7 +175,7 @@ def _add_test_inputs(parser: argparse.ArgumentParser) -> None:
 def register(verbs: dict[str, argparse._SubParsersAction]) -> None:
     """Add `trigger(s)`, `wal_plugin` and `schedule_plugin` under the CLI's verbs."""
     create = verbs["create"].add_parser("trigger", help="create a processing engine trigger")
-    _add_database(create)
+    host_cli.add_database_argument(create)
     create.add_argument("--path", default=None, help="the plugin file or directory, relative to the plugin directory")
     create.add_argument("--plugin-filename", default=None, help="the same as --path (the older name)")
     create.add_argument("--trigger-spec", required=True, type=trigger_spec,
@@ -205,7 +199,7 @@ def register(verbs: dict[str, argparse._SubParsersAction]) -> None:
     create.set_defaults(handler=_create_trigger)
 
     delete = verbs["delete"].add_parser("trigger", help="delete a trigger")
-    _add_database(delete)
+    host_cli.add_database_argument(delete)
     delete.add_argument("--force", action="store_true", help="delete even if the trigger is enabled")
     delete.add_argument("name")
     host_cli.add_client_arguments(delete)
@@ -213,19 +207,19 @@ def register(verbs: dict[str, argparse._SubParsersAction]) -> None:
 
     for action in ("enable", "disable"):
         switch = verbs[action].add_parser("trigger", help=f"{action} a trigger")
-        _add_database(switch)
+        host_cli.add_database_argument(switch)
         switch.add_argument("name")
         host_cli.add_client_arguments(switch)
         switch.set_defaults(handler=_switch_trigger(action))
 
     show = verbs["show"].add_parser("triggers", help="list triggers (of one database, or of all)")
-    _add_database(show, required=False)
+    host_cli.add_database_argument(show, required=False)
     show.add_argument("--format", default="pretty", choices=("pretty", "json", "jsonl", "csv"))
     host_cli.add_client_arguments(show)
     show.set_defaults(handler=_show_triggers)
 
     wal = verbs["test"].add_parser("wal_plugin", help="run a writes plugin once on some line protocol, storing nothing")
-    _add_database(wal)
+    host_cli.add_database_argument(wal)
     wal.add_argument("--lp", default=None, help="the input line protocol")
     wal.add_argument("--file", default=None, help="read the input line protocol from FILE (on this machine)")
     _add_test_inputs(wal)
@@ -233,7 +227,7 @@ def register(verbs: dict[str, argparse._SubParsersAction]) -> None:
     wal.set_defaults(handler=_test_wal_plugin)
 
     schedule = verbs["test"].add_parser("schedule_plugin", help="run a schedule plugin once, storing nothing")
-    _add_database(schedule)
+    host_cli.add_database_argument(schedule)
     schedule.add_argument("--schedule", default=None, help="cron expression (default '* * * * * *')")
     _add_test_inputs(schedule)
     host_cli.add_client_arguments(schedule)
